@@ -1,0 +1,44 @@
+"""Which instances are due, and claiming them so each is enqueued once.
+
+Beat calls ``claim_due_instances`` every few seconds. Each due row is claimed with a conditional
+UPDATE on the ``next_capture_at`` value that was read (Healthchecks' sendalerts pattern): a second
+beat started by mistake reads the same value, updates nothing, and enqueues nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db.models import Q
+from django.utils import timezone
+
+from screenshots.models import InstanceState
+
+# A claimed instance is due again after this long even if its task is lost (worker killed,
+# Redis flushed): the capture itself sets the real next time when it runs.
+CLAIM_LEASE = timedelta(seconds=120)
+
+
+def claim_due_instances(limit: int = 1000) -> list[int]:
+    now = timezone.now()
+    due = (
+        InstanceState.objects.filter(
+            next_capture_at__lte=now, instance__enabled=True, instance__account__enabled=True
+        )
+        .exclude(
+            Q(instance__account__credentials_retry_at__gt=now)
+            & ~Q(instance__account__credentials_error_code="")
+        )
+        .order_by("next_capture_at")
+        .values_list("pk", "next_capture_at", "instance__capture_interval")[:limit]
+    )
+    claimed = []
+    for pk, seen, interval in due:
+        lease = max(CLAIM_LEASE, timedelta(seconds=interval))
+        if InstanceState.objects.filter(pk=pk, next_capture_at=seen).update(next_capture_at=now + lease):
+            claimed.append(pk)
+    return claimed
+
+
+def make_due_now(instance_pk: int) -> None:
+    InstanceState.objects.filter(pk=instance_pk).update(next_capture_at=timezone.now())
