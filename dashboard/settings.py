@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "template_partials",
     "screenshots",
 ]
 
@@ -81,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -232,7 +234,26 @@ RECHECK_CREDENTIALS_SECONDS = env.int("RECHECK_CREDENTIALS_SECONDS", default=300
 BACKOFF_MAX_SECONDS = env.int("BACKOFF_MAX_SECONDS", default=600)
 
 # --- Security -----------------------------------------------------------------------------------
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "login"
+
+# Strict CSP: no inline script or style, no eval (htmx runs with allowEval off; behaviour lives in
+# static/console-wall.js).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie; kept default-compatible
 X_FRAME_OPTIONS = "DENY"
@@ -256,8 +277,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        # The SDK logs whole requests (AccessKeyId, signature) at DEBUG: never let it below WARNING.
-        "aliyunsdkcore": {"level": "WARNING"},
+        # The SDK logs requests and the string-to-sign (AccessKeyId) at several levels: silenced.
+        "aliyunsdkcore": {"level": "CRITICAL", "propagate": False},
         "urllib3": {"level": "WARNING"},
     },
 }

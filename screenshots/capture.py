@@ -16,6 +16,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from screenshots import coordination, ecs
@@ -30,6 +31,7 @@ from screenshots.models import (
     InstanceState,
     capture_path,
     default_account_rate,
+    stale_window,
     thumbnail_path,
 )
 
@@ -51,11 +53,6 @@ class Outcome:
 
     def __str__(self) -> str:
         return f"{self.status}: {self.detail}" if self.detail else self.status
-
-
-def new_version() -> int:
-    # Microseconds since the epoch: increasing, and comparable across processes on synced clocks.
-    return time.time_ns() // 1000
 
 
 def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bool = False) -> Outcome:
@@ -96,7 +93,10 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
 
         wake = instance.wake_up if wake_up is None else wake_up
         started = time.monotonic()
-        reply = ecs.get_screenshot(account, instance.region_id, instance.instance_id, wake_up=wake)
+        try:
+            reply = ecs.get_screenshot(account, instance.region_id, instance.instance_id, wake_up=wake)
+        finally:
+            coordination.call_finished(instance.pk, MIN_CAPTURE_INTERVAL)
         elapsed_ms = (time.monotonic() - started) * 1000
         if isinstance(reply, ecs.EcsError):
             log.info(
@@ -153,7 +153,7 @@ def record_failure(instance: Instance, error: ecs.EcsError) -> Outcome:
             error_request_id=error.request_id[:64],
             consecutive_failures=F("consecutive_failures") + 1,
             next_capture_at=now + next_attempt_after_failure(instance, error, failures),
-            version=new_version(),
+            changed_at=Now(),
         )
         CaptureFailure.objects.create(
             instance=instance,
@@ -185,7 +185,7 @@ def mark_account_credentials_error(account: Account, error: ecs.EcsError, now: d
         credentials_retry_at=now + timedelta(seconds=settings.RECHECK_CREDENTIALS_SECONDS),
     )
     # Every tile of the account shows the account's error: bump them so pollers redraw.
-    InstanceState.objects.filter(instance__account=account).update(version=new_version())
+    InstanceState.objects.filter(instance__account=account).update(changed_at=Now())
 
 
 def clear_account_credentials_error(account: Account) -> None:
@@ -200,7 +200,7 @@ def clear_account_credentials_error(account: Account) -> None:
         )
     )
     if updated:
-        InstanceState.objects.filter(instance__account=account).update(version=new_version())
+        InstanceState.objects.filter(instance__account=account).update(changed_at=Now())
 
 
 def _store_files(image: DecodedImage) -> tuple[str, str]:
@@ -250,7 +250,8 @@ def record_success(instance: Instance, image: DecodedImage, request_id: str) -> 
             error_request_id="",
             consecutive_failures=0,
             next_capture_at=now + _jittered_interval(instance.capture_interval),
-            version=new_version(),
+            stale_after=now + stale_window(instance.capture_interval),
+            changed_at=Now(),
         )
         if instance.account.has_credentials_error:
             clear_account_credentials_error(instance.account)

@@ -74,16 +74,33 @@ def instance_lock(instance_pk: int, lease_seconds: float) -> Iterator[bool]:
             connection().eval(_RELEASE, 1, name, token)
 
 
+# The gap is measured where the API measures it, at arrival; our clocks see the call leave and the
+# reply come back. Holding the slot a little longer than the rule, and restarting it when the reply
+# is in, keeps two calls at least the rule's gap apart on the server's side too.
+CALL_SLOT_MARGIN = 0.5
+
+
 def claim_call_slot(instance_pk: int, min_gap_seconds: float) -> float:
     """Reserve the right to call the API on this instance now.
 
-    Returns 0 when granted, otherwise the seconds until the previous call is ``min_gap_seconds`` old.
+    Returns 0 when granted, otherwise the seconds until the slot frees up.
     """
     name = key("last-call", instance_pk)
-    if connection().set(name, time.time(), nx=True, px=int(min_gap_seconds * 1000)):
+    if connection().set(name, time.time(), nx=True, px=int((min_gap_seconds + CALL_SLOT_MARGIN) * 1000)):
         return 0.0
     remaining_ms = connection().pttl(name)
     return max(remaining_ms, 1) / 1000
+
+
+def call_finished(instance_pk: int, min_gap_seconds: float) -> None:
+    """Restart the gap from the reply: the server saw the call no later than this."""
+    connection().set(key("last-call", instance_pk), time.time(),
+                     px=int((min_gap_seconds + CALL_SLOT_MARGIN) * 1000))
+
+
+def seconds_until_call_allowed(instance_pk: int) -> float:
+    remaining_ms = connection().pttl(key("last-call", instance_pk))
+    return max(remaining_ms, 0) / 1000
 
 
 def take_account_token(account_pk: int, rate: float, burst: int) -> float:

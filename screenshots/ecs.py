@@ -27,6 +27,14 @@ from screenshots.models import Account, ErrorCategory, is_loopback_host
 
 log = logging.getLogger(__name__)
 
+# The SDK logs the server's string-to-sign (with the AccessKeyId) at ERROR and whole bodies at WARNING,
+# and adds a DEBUG handler of its own: silence it whatever the logging configuration says.
+for _name in ("aliyunsdkcore", "aliyunsdkcore.client", "aliyunsdkcore.http.http_response"):
+    _sdk_logger = logging.getLogger(_name)
+    _sdk_logger.setLevel(logging.CRITICAL + 1)
+    _sdk_logger.handlers.clear()
+    _sdk_logger.propagate = False
+
 API_VERSION = "2014-05-26"
 
 # Codes from the API reference and the common error centre, mapped to what the dashboard shows.
@@ -44,6 +52,7 @@ _CATEGORY_BY_CODE: dict[str, tuple[ErrorCategory, bool]] = {
 }
 _CREDENTIAL_CODE_PREFIXES = (
     "InvalidAccessKeyId",
+    "InvalidAccessKeySecret",
     "SignatureDoesNotMatch",
     "Forbidden",
     "InvalidSecurityToken",

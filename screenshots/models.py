@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -36,6 +36,11 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def stale_window(interval: int, first: bool = False) -> timedelta:
+    # Twice the interval; a brand-new instance also gets time for the workers to pick it up.
+    return timedelta(seconds=2 * interval + (60 if first else 0))
+
+
 class ErrorCategory(models.TextChoices):
     """What went wrong with the last call, as the dashboard shows it."""
 
@@ -48,6 +53,38 @@ class ErrorCategory(models.TextChoices):
     SERVER = "server", "Server error"
     MALFORMED = "malformed", "Bad reply"
     CLIENT = "client", "Request rejected"
+
+
+class Status(models.TextChoices):
+    """What a tile says at a glance; also the grid's state filter."""
+
+    OK = "ok", "OK"
+    ERROR = "error", "Error"
+    STALE = "stale", "Stale"
+    STOPPED = "stopped", "Stopped"
+    DISABLED = "disabled", "Disabled"
+
+
+def status_filter(status: str, now: datetime) -> models.Q:
+    """The Q over Instance that matches Instance.get_status() == status (kept side by side on purpose)."""
+    disabled = models.Q(enabled=False) | models.Q(account__enabled=False)
+    account_error = ~models.Q(account__credentials_error_code="")
+    stopped = models.Q(state__error_category=ErrorCategory.NOT_RUNNING) & ~account_error
+    error = account_error | (~models.Q(state__error_category="") & ~models.Q(
+        state__error_category=ErrorCategory.NOT_RUNNING))
+    stale = models.Q(state__stale_after__lt=now)
+    match status:
+        case Status.DISABLED:
+            return disabled
+        case Status.ERROR:
+            return ~disabled & error
+        case Status.STOPPED:
+            return ~disabled & stopped
+        case Status.STALE:
+            return ~disabled & ~error & ~stopped & stale
+        case Status.OK:
+            return ~disabled & ~error & ~stopped & ~stale
+    raise ValueError(f"unknown status {status!r}")
 
 
 class Account(models.Model):
@@ -99,7 +136,7 @@ class Account(models.Model):
     def has_credentials_error(self) -> bool:
         return bool(self.credentials_error_code)
 
-    def credentials_blocked(self, now: timezone.datetime | None = None) -> bool:
+    def credentials_blocked(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()
         return self.has_credentials_error and (
             self.credentials_retry_at is None or self.credentials_retry_at > now
@@ -121,6 +158,10 @@ class Instance(models.Model):
 
     class Meta:
         ordering = ["name", "instance_id"]
+        permissions = [
+            ("operate_instance", "Can capture and wake instances on demand"),
+            ("manage_share_links", "Can create and revoke share links"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["account", "instance_id"], name="unique_instance_per_account"),
             models.CheckConstraint(
@@ -133,7 +174,24 @@ class Instance(models.Model):
 
     def save(self, *args: object, **kwargs: object) -> None:
         super().save(*args, **kwargs)
-        InstanceState.objects.get_or_create(instance=self)
+        # A new instance that never gets a first capture (workers down) turns stale like any other.
+        InstanceState.objects.get_or_create(
+            instance=self, defaults={"stale_after": timezone.now() + stale_window(self.capture_interval, first=True)}
+        )
+
+    def get_status(self, now: datetime | None = None) -> Status:
+        """Needs ``account`` and ``state`` loaded (select_related)."""
+        if not (self.enabled and self.account.enabled):
+            return Status.DISABLED
+        if self.account.has_credentials_error:
+            return Status.ERROR
+        if self.state.error_category == ErrorCategory.NOT_RUNNING:
+            return Status.STOPPED
+        if self.state.error_category:
+            return Status.ERROR
+        if self.state.is_stale(now):
+            return Status.STALE
+        return Status.OK
 
     def clean(self) -> None:
         if not isinstance(self.tags, dict) or not all(
@@ -161,17 +219,17 @@ class InstanceState(models.Model):
     error_request_id = models.CharField(max_length=64, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     next_capture_at = models.DateTimeField(default=timezone.now, db_index=True)
-    # Bumped on every change a page would show, so pollers can ask "anything newer than N?".
-    version = models.PositiveBigIntegerField(default=0, db_index=True)
+    # A capture older than twice the interval is stale; stored at write time so pages can filter on it.
+    stale_after = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Set from the database's clock (Now()) on every change a page would show, so pollers on any host
+    # can ask "what changed since T?" without trusting the workers' clocks.
+    changed_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     def __str__(self) -> str:
         return f"state of {self.instance_id}"
 
-    def is_stale(self, interval: int, now: timezone.datetime | None = None) -> bool:
-        if self.last_success_at is None:
-            return False
-        now = now or timezone.now()
-        return now - self.last_success_at > timedelta(seconds=2 * interval)
+    def is_stale(self, now: datetime | None = None) -> bool:
+        return self.stale_after is not None and self.stale_after < (now or timezone.now())
 
 
 def capture_path(sha256: str, extension: str) -> str:

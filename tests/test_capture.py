@@ -257,7 +257,7 @@ class CallRulesTestCase:
         assert capture_instance(instance.pk).status == "captured"
         second = capture_instance(instance.pk, force=True)
         assert second.status == "skipped"
-        assert 9 < second.retry_in <= 10
+        assert 10 <= second.retry_in <= 10.5
         assert len(simulator.control.screenshot_calls(RUNNING)) == 1
 
     def test_a_running_capture_blocks_another_of_the_same_instance(self, instances: dict,
@@ -291,6 +291,14 @@ class SecretHygieneTestCase:
         simulator.control.patch(RUNNING_2, fault="reset")
         allow_next_call(simulator, instances[RUNNING_2])
         capture_instance(instances[RUNNING_2].pk)
+        # A wrong secret: the SDK itself would log the server's string-to-sign with the AccessKeyId.
+        secret = account.access_key_secret
+        Account.objects.filter(pk=account.pk).update(credentials_error_code="")
+        account.access_key_secret = "wrong-secret"
+        account.save()
+        allow_next_call(simulator, instances[RUNNING])
+        assert capture_instance(instances[RUNNING].pk).error.code == "SignatureDoesNotMatch"
+        account.access_key_secret = secret
         text = caplog.text + "".join(str(r.args) for r in caplog.records)
         assert "captured" in text or "capture" in text
         assert account.access_key_secret not in text
