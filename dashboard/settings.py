@@ -28,11 +28,11 @@ DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "data")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def _development_secret(filename: str, make: Callable[[], str]) -> str:
+def _development_secret(variable: str, filename: str, make: Callable[[], str]) -> str:
     """A secret generated on first use and kept under DATA_DIR, so sessions and stored
     credentials survive restarts in development. Production must set the variable instead."""
     if PRODUCTION:
-        raise ImproperlyConfigured(f"{filename.upper()} must be set in production")
+        raise ImproperlyConfigured(f"{variable} must be set in production")
     path = DATA_DIR / filename
     if not path.exists():
         path.write_text(make())
@@ -41,7 +41,7 @@ def _development_secret(filename: str, make: Callable[[], str]) -> str:
 
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or _development_secret(
-    "secret_key", lambda: secrets.token_urlsafe(50)
+    "SECRET_KEY", "secret_key", lambda: secrets.token_urlsafe(50)
 )
 
 
@@ -53,7 +53,7 @@ def _fernet_key() -> str:
 
 # Comma-separated Fernet keys; the first encrypts, all decrypt (rotate with `manage.py rotate_credentials_key`).
 CREDENTIALS_ENCRYPTION_KEYS = env.list("CREDENTIALS_ENCRYPTION_KEYS", default=[]) or [
-    _development_secret("credentials_key", _fernet_key)
+    _development_secret("CREDENTIALS_ENCRYPTION_KEYS", "credentials_key", _fernet_key)
 ]
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -266,7 +266,7 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -27,7 +27,9 @@ def _get_instance(pk: int) -> Instance:
 
 
 def _grid_context(request: HttpRequest) -> dict[str, Any]:
-    form = grid.GridFilterForm(request.GET)
+    data = request.GET.copy()
+    data.setdefault("per_page", str(grid.DEFAULT_PER_PAGE))
+    form = grid.GridFilterForm(data)
     filters = form.filters()
     per_page = filters.get("per_page") or grid.DEFAULT_PER_PAGE
     return {"form": form, "filters": filters, "per_page": per_page,

@@ -5,9 +5,12 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 
-from screenshots.models import Account, Capture, CaptureFailure, Instance, InstanceState
+from screenshots import ecs
+from screenshots.discovery import discover
+from screenshots.models import Account, Capture, CaptureFailure, Instance, InstanceState, validate_region_id
 
 
 class AccountForm(forms.ModelForm):
@@ -65,9 +68,41 @@ class AccountForm(forms.ModelForm):
         return cleaned
 
 
+class DiscoverForm(forms.Form):
+    regions = forms.CharField(help_text="Region ids separated by spaces or commas, e.g. cn-hangzhou cn-shanghai")
+
+    def clean_regions(self) -> list[str]:
+        regions = [r for r in self.cleaned_data["regions"].replace(",", " ").split() if r]
+        for region in regions:
+            validate_region_id(region)
+        if not regions:
+            raise forms.ValidationError("Name at least one region.")
+        return regions
+
+
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
     form = AccountForm
+    actions = ["discover_instances"]
+
+    @admin.action(description="Import instances from DescribeInstances")
+    def discover_instances(self, request: HttpRequest, queryset: QuerySet[Account]) -> HttpResponse | None:
+        form = DiscoverForm(request.POST if "regions" in request.POST else None)
+        if not form.is_valid():
+            return render(request, "admin/screenshots/discover.html", {
+                **self.admin_site.each_context(request), "form": form, "accounts": queryset,
+                "title": "Import instances", "opts": self.model._meta,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            })
+        for account in queryset:
+            try:
+                report = discover(account, form.cleaned_data["regions"])
+            except ecs.EcsErrorRaised as exc:
+                self.message_user(request, f"{account}: ECS refused ({exc.error.code}: {exc.error.message})",
+                                  messages.ERROR)
+            else:
+                self.message_user(request, f"{account}: {report}", messages.SUCCESS)
+        return None
     list_display = ["name", "access_key_id", "endpoint_host", "enabled", "credentials_error_code"]
     readonly_fields = ["credentials_error_code", "credentials_error_message", "credentials_error_since"]
 
