@@ -14,6 +14,7 @@ from django.db.models import Case, IntegerField, Max, Q, QuerySet, Value, When
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
+from dashboard.models import Board
 from screenshots.models import Account, Instance, InstanceState, Status, status_filter, validate_region_id
 
 PER_PAGE_CHOICES = [(50, "50"), (100, "100"), (200, "200"), (500, "500")]
@@ -37,6 +38,8 @@ class GridFilterForm(forms.Form):
     region = forms.CharField(required=False, max_length=40, validators=[validate_region_id])
     tag = forms.CharField(required=False, max_length=257, validators=[validate_tag], help_text="key or key=value")
     state = forms.ChoiceField(choices=[("", "Any state"), *Status.choices], required=False)
+    board = forms.ModelChoiceField(Board.objects.all(), required=False, empty_label="All boards",
+                                   to_field_name="slug")
     order = forms.ChoiceField(choices=[("name", "By name"), ("errors", "Errors first")], required=False)
     per_page = forms.TypedChoiceField(choices=PER_PAGE_CHOICES, coerce=int, required=False, empty_value=None)
 
@@ -64,6 +67,8 @@ def instances_for(filters: dict[str, Any], now: datetime | None = None) -> Query
             qs = qs.filter(transform.get_lookup("exact")(transform, json.dumps(value)))
         else:
             qs = qs.filter(tags__has_key=key)
+    if board := filters.get("board"):
+        qs = qs.filter(pk__in=board.instances().values("pk"))
     if state := filters.get("state"):
         qs = qs.filter(status_filter(state, now))
     if filters.get("order") == "errors":

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "screenshots",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -233,6 +234,15 @@ RECHECK_NOT_SUPPORTED_SECONDS = env.int("RECHECK_NOT_SUPPORTED_SECONDS", default
 RECHECK_CREDENTIALS_SECONDS = env.int("RECHECK_CREDENTIALS_SECONDS", default=300)
 BACKOFF_MAX_SECONDS = env.int("BACKOFF_MAX_SECONDS", default=600)
 
+# --- Walls and share links ---------------------------------------------------------------------
+SHARE_LINK_DEFAULT_HOURS = env.int("SHARE_LINK_DEFAULT_HOURS", default=24)
+SHARE_LINK_MAX_HOURS = env.int("SHARE_LINK_MAX_HOURS", default=7 * 24)
+# Unknown share/display tokens allowed per client address per window before answering 429.
+TOKEN_GUESS_LIMIT = env.int("TOKEN_GUESS_LIMIT", default=20)
+TOKEN_GUESS_WINDOW_SECONDS = env.int("TOKEN_GUESS_WINDOW_SECONDS", default=60)
+# Wall displays reload themselves when this changes (set it per deployment, e.g. to the git commit).
+APP_VERSION = env.str("APP_VERSION", default="0.1.0")
+
 # --- Security -----------------------------------------------------------------------------------
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "index"
@@ -274,11 +284,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact_tokens": {"()": "dashboard.logfilters.RedactTokens"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # The SDK logs requests and the string-to-sign (AccessKeyId) at several levels: silenced.
         "aliyunsdkcore": {"level": "CRITICAL", "propagate": False},
         "urllib3": {"level": "WARNING"},
+        # runserver's request lines carry paths, and share paths carry tokens: redacted here too.
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

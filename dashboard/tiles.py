@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.urls import reverse
 from django.utils import timezone
 
 from screenshots.models import Capture, ErrorCategory, Instance, Status
@@ -45,13 +47,33 @@ class Tile:
     request_id: str
     since: datetime | None
     capture: Capture | None
+    thumb_url: str = ""
+    detail_url: str = ""  # empty where the viewer may not open the staff page (walls, share links)
 
     @property
     def dimmed(self) -> bool:
         return self.status != Status.OK
 
+    @property
+    def short(self) -> str:
+        """A few words for a wall display, read from across a room."""
+        return {"ok": "", "pending": "Waiting"}.get(self.kind, self.label)
 
-def tile_for(instance: Instance, now: datetime | None = None) -> Tile:
+
+def staff_thumb_url(capture: Capture) -> str:
+    return reverse("capture-thumb", args=[capture.pk, capture.sha256])
+
+
+def staff_detail_url(instance: Instance) -> str:
+    return reverse("instance-detail", args=[instance.pk])
+
+
+def tile_for(
+    instance: Instance,
+    now: datetime | None = None,
+    thumb_url: Callable[[Capture], str] = staff_thumb_url,
+    detail_url: Callable[[Instance], str] | None = staff_detail_url,
+) -> Tile:
     now = now or timezone.now()
     state, account = instance.state, instance.account
     status = instance.get_status(now)
@@ -76,4 +98,5 @@ def tile_for(instance: Instance, now: datetime | None = None) -> Tile:
         kind, label, sentence = "pending", "Waiting", "Waiting for the first capture."
     else:
         kind, label, sentence = "ok", "Live", ""
-    return Tile(instance, status, kind, label, sentence, code, request_id, since, capture)
+    return Tile(instance, status, kind, label, sentence, code, request_id, since, capture,
+                thumb_url(capture) if capture else "", detail_url(instance) if detail_url else "")

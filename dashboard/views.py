@@ -149,8 +149,12 @@ def console_output(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 @login_required
 def capture_image(request: HttpRequest, pk: str, sha256: str, variant: str) -> FileResponse:
+    capture = get_object_or_404(Capture.objects.select_related("instance"), pk=pk, sha256=sha256)
+    return serve_capture(request, capture, variant)
+
+
+def serve_capture(request: HttpRequest, capture: Capture, variant: str) -> FileResponse:
     """Capture files by content-hash URL: immutable, so browsers cache them for good."""
-    capture = get_object_or_404(Capture, pk=pk, sha256=sha256)
     name = capture.thumbnail.name if variant == "thumb" else capture.image.name
     try:
         handle = default_storage.open(name, "rb")

@@ -120,6 +120,7 @@ class InstanceAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "account", "region_id"]
     search_fields = ["name", "instance_id"]
     actions = ["enable", "disable"]
+    list_editable = ["capture_interval"]
 
     @admin.action(description="Enable capturing")
     def enable(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:

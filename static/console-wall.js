@@ -30,6 +30,8 @@
 
   function tick() {
     const now = Date.now();
+    const wallClock = document.getElementById("wall-clock");
+    if (wallClock) wallClock.textContent = new Date(now).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     for (const el of document.querySelectorAll("time.ago[datetime]")) {
       const then = Date.parse(el.getAttribute("datetime"));
       if (!Number.isNaN(then)) el.textContent = ago((now - then) / 1000);
@@ -57,10 +59,13 @@
   function startPoller(el) {
     const base = (Number(el.dataset.pollSeconds) || 5) * 1000;
     const banner = document.getElementById("connection-banner");
+    const heard = document.getElementById("last-heard");
+    const isWall = el.dataset.mode === "wall";
     let delay = base;
     let timer = null;
     let inFlight = false;
     let lastOk = new Date();
+    let offlineSince = null;
 
     const schedule = (ms) => {
       clearTimeout(timer);
@@ -82,14 +87,25 @@
         return;
       }
       if (event.detail.successful) {
+        // A new release: reload, but only now that the server has just answered.
+        const version = xhr && xhr.getResponseHeader("X-Console-Wall-Version");
+        if (version && el.dataset.version && version !== el.dataset.version) {
+          location.reload();
+          return;
+        }
         lastOk = new Date();
+        offlineSince = null;
         delay = base;
         if (banner) banner.hidden = true;
+        if (heard) heard.textContent = lastOk.toLocaleTimeString();
         document.body.classList.remove("is-offline");
       } else {
+        offlineSince = offlineSince || new Date();
         delay = Math.min(delay * 2, MAX_BACKOFF_MS);
         if (banner) {
-          banner.textContent = `Connection lost — showing data as of ${clock(lastOk)}. Retrying in ${Math.round(delay / 1000)} s.`;
+          banner.textContent = isWall
+            ? `Offline since ${clock(offlineSince)} — showing the last pictures, as of ${clock(lastOk)}.`
+            : `Connection lost — showing data as of ${clock(lastOk)}. Retrying in ${Math.round(delay / 1000)} s.`;
           banner.hidden = false;
         }
         document.body.classList.add("is-offline");
@@ -106,6 +122,18 @@
       }
     });
     schedule(delay);
+
+    // A playlist display moves to its next board, but never onto an error page: only once that page answers.
+    const next = el.dataset.rotateUrl;
+    const every = Number(el.dataset.rotateSeconds) * 1000;
+    if (next && every > 0) {
+      const rotate = () => {
+        fetch(next, { credentials: "same-origin", cache: "no-store" })
+          .then((response) => (response.ok ? location.assign(next) : setTimeout(rotate, base)))
+          .catch(() => setTimeout(rotate, base));
+      };
+      setTimeout(rotate, every);
+    }
   }
 
   // --- No flicker: a tile whose image changes is swapped only once the new image is decoded. ------
