@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "axes",
     "screenshots",
     "dashboard",
 ]
@@ -84,6 +85,13 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into a clear 429 page.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -240,10 +248,21 @@ SHARE_LINK_MAX_HOURS = env.int("SHARE_LINK_MAX_HOURS", default=7 * 24)
 # Unknown share/display tokens allowed per client address per window before answering 429.
 TOKEN_GUESS_LIMIT = env.int("TOKEN_GUESS_LIMIT", default=20)
 TOKEN_GUESS_WINDOW_SECONDS = env.int("TOKEN_GUESS_WINDOW_SECONDS", default=60)
+# Bearer token for /metrics and /health/pipeline/ (staff sessions may read them too).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # Wall displays reload themselves when this changes (set it per deployment, e.g. to the git commit).
 APP_VERSION = env.str("APP_VERSION", default="0.1.0")
 
 # --- Security -----------------------------------------------------------------------------------
+# Login throttling: 5 failures for one username from one address lock that pair out for 15 minutes.
+# Keyed on the pair, so nobody can lock a colleague out from elsewhere; a cool-off, never permanent.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_SENSITIVE_PARAMETERS = ["password"]
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "index"
 LOGOUT_REDIRECT_URL = "login"

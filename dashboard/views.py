@@ -2,18 +2,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.db import DatabaseError, connection
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis import RedisError
 
 from dashboard import console, grid
 from dashboard.tiles import tile_for
-from screenshots import coordination, tasks
+from screenshots import coordination, metrics, tasks
 from screenshots.models import MIN_CAPTURE_INTERVAL, Capture, CaptureFailure, Instance
 
 POLL_SECONDS = 5
@@ -172,6 +177,52 @@ def serve_capture(request: HttpRequest, capture: Capture, variant: str) -> FileR
     return response
 
 
-def health(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("ok", content_type="text/plain")
+def _may_monitor(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    given = request.headers.get("Authorization", "")
+    if token and constant_time_compare(given, f"Bearer {token}"):
+        return True
+    return request.user.is_authenticated and request.user.is_staff
+
+
+@require_GET
+@never_cache
+def health(request: HttpRequest) -> JsonResponse:
+    """For load balancers: can this web process reach the database and Redis? Says nothing more."""
+    checks = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = True
+    except DatabaseError:
+        checks["database"] = False
+    try:
+        checks["redis"] = bool(coordination.connection().ping())
+    except RedisError:
+        checks["redis"] = False
+    ok = all(checks.values())
+    return JsonResponse({"ok": ok, **checks}, status=200 if ok else 503)
+
+
+@require_GET
+@never_cache
+def pipeline_health(request: HttpRequest) -> HttpResponse:
+    """Is beat alive, are workers consuming, how old is the newest capture. Staff or METRICS_TOKEN."""
+    if not _may_monitor(request):
+        return HttpResponse("Forbidden", status=403, content_type="text/plain")
+    try:
+        report = metrics.pipeline_health()
+    except (RedisError, DatabaseError) as exc:
+        return JsonResponse({"ok": False, "error": type(exc).__name__}, status=503)
+    return JsonResponse(report, status=200 if report["ok"] else 503)
+
+
+@require_GET
+@never_cache
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    if not _may_monitor(request):
+        return HttpResponse("Forbidden", status=403, content_type="text/plain")
+    registry = CollectorRegistry()
+    registry.register(metrics.PipelineCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 

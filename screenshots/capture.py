@@ -19,7 +19,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from screenshots import coordination, ecs
+from screenshots import coordination, ecs, metrics
 from screenshots.images import DecodedImage, InvalidScreenshot, decode_screenshot
 from screenshots.models import (
     MIN_CAPTURE_INTERVAL,
@@ -98,6 +98,8 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
         finally:
             coordination.call_finished(instance.pk, MIN_CAPTURE_INTERVAL)
         elapsed_ms = (time.monotonic() - started) * 1000
+        metrics.record_call("error" if isinstance(reply, ecs.EcsError) else "ok",
+                            reply.code if isinstance(reply, ecs.EcsError) else "", elapsed_ms / 1000)
         if isinstance(reply, ecs.EcsError):
             log.info(
                 "capture %s failed: %s (%s) in %.0f ms",
@@ -111,6 +113,7 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
             image = decode_screenshot(reply.base64_image)
         except InvalidScreenshot as exc:
             error = ecs.EcsError(ErrorCategory.MALFORMED, exc.code, exc.message, reply.request_id)
+            metrics.record_rejected(exc.code)
             log.info("capture %s rejected: %s (%s)", instance.instance_id, exc.code, reply.request_id)
             return record_failure(instance, error)
         outcome = record_success(instance, image, reply.request_id)

@@ -7,13 +7,14 @@ import logging
 from celery import shared_task
 from django.db import OperationalError, transaction
 
-from screenshots import capture, retention, scheduling
+from screenshots import capture, metrics, retention, scheduling
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True, soft_time_limit=20, time_limit=30)
 def enqueue_due_captures() -> int:
+    metrics.heartbeat("worker")
     claimed = scheduling.claim_due_instances()
     for pk in claimed:
         capture_instance.delay(pk)
@@ -33,6 +34,7 @@ def enqueue_due_captures() -> int:
     max_retries=5,
 )
 def capture_instance(self: object, instance_pk: int, wake_up: bool | None = None, force: bool = False) -> str:
+    metrics.heartbeat("worker")
     outcome = capture.capture_instance(instance_pk, wake_up=wake_up, force=force)
     if outcome.retry_in is not None:
         # Rate limit or the 10 s rule: no call was made; come back when the wait is over.

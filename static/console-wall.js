@@ -5,7 +5,7 @@
 
   const MAX_BACKOFF_MS = 60_000;
 
-  const clock = (date) => date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const clock = (date) => date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 
   function ago(seconds) {
     if (seconds < 60) return `${Math.max(0, Math.round(seconds))} s ago`;
@@ -31,7 +31,7 @@
   function tick() {
     const now = Date.now();
     const wallClock = document.getElementById("wall-clock");
-    if (wallClock) wallClock.textContent = new Date(now).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (wallClock) wallClock.textContent = clock(new Date(now));
     for (const el of document.querySelectorAll("time.ago[datetime]")) {
       const then = Date.parse(el.getAttribute("datetime"));
       if (!Number.isNaN(then)) el.textContent = ago((now - then) / 1000);
@@ -97,7 +97,7 @@
         offlineSince = null;
         delay = base;
         if (banner) banner.hidden = true;
-        if (heard) heard.textContent = lastOk.toLocaleTimeString();
+        if (heard) heard.textContent = lastOk.toLocaleTimeString([], { hourCycle: "h23" });
         document.body.classList.remove("is-offline");
       } else {
         offlineSince = offlineSince || new Date();

@@ -95,6 +95,12 @@ def redis(redis_url: str) -> redis_lib.Redis:
     return client
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings: Any) -> None:
+    # PBKDF2's deliberate slowness costs seconds per login test and tests nothing of ours.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 # --- Media ---------------------------------------------------------------------------------------
 
 
