@@ -8,6 +8,7 @@ See README.md for the full list.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -85,6 +86,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    "dashboard.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into a clear 429 page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -123,8 +125,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # A file, not ":memory:", so that the Celery worker processes in the tests see the test data.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-console-wall.sqlite3")}
+    # A file, not ":memory:", so that the Celery worker processes in the tests see the test data;
+    # one per test run, so that two runs side by side do not share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-console-wall-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

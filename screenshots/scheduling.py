@@ -14,9 +14,12 @@ from django.utils import timezone
 
 from screenshots.models import InstanceState
 
-# A claimed instance is due again after this long even if its task is lost (worker killed,
-# Redis flushed): the capture itself sets the real next time when it runs.
-CLAIM_LEASE = timedelta(seconds=120)
+# A claimed instance is due again after half an interval more, even if its task was lost (worker
+# killed, Redis restarted empty): the capture itself sets the real next time when it runs. A second
+# task for an instance whose first one is merely slow costs nothing: the instance lock and the 10 s
+# call slot (coordination.py) turn it into a no-op.
+CLAIM_LEASE_FACTOR = 1.5
+MIN_CLAIM_LEASE = timedelta(seconds=15)
 
 
 def claim_due_instances(limit: int = 1000) -> list[int]:
@@ -34,7 +37,7 @@ def claim_due_instances(limit: int = 1000) -> list[int]:
     )
     claimed = []
     for pk, seen, interval in due:
-        lease = max(CLAIM_LEASE, timedelta(seconds=interval))
+        lease = max(MIN_CLAIM_LEASE, timedelta(seconds=interval * CLAIM_LEASE_FACTOR))
         if InstanceState.objects.filter(pk=pk, next_capture_at=seen).update(next_capture_at=now + lease):
             claimed.append(pk)
     return claimed

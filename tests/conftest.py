@@ -71,14 +71,23 @@ def redis_url() -> Iterator[str]:
     wait_for(lambda: _pings(client), message="redis-server to answer")
     previous = settings.REDIS_URL
     settings.REDIS_URL = url
-    from dashboard.celery import app
-
-    app.conf.broker_url = url
+    point_celery_at(url)
     yield url
     settings.REDIS_URL = previous
     proc.terminate()
     proc.wait(10)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def point_celery_at(url: str) -> None:
+    """Make this process's Celery producer publish to ``url`` (drops pooled connections to the old one)."""
+    from dashboard.celery import app
+
+    app.conf.broker_url = url
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
 
 
 def _pings(client: redis_lib.Redis) -> bool:
