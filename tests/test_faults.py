@@ -35,8 +35,8 @@ from tests.conftest import (
     RUNNING_PNG,
     WorkerProcess,
     free_port,
-    point_celery_at,
     media_files,
+    point_celery_at,
     wait_for,
     worker_env,
 )
