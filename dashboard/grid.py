@@ -19,6 +19,7 @@ from screenshots.models import Account, Instance, InstanceState, Status, status_
 
 PER_PAGE_CHOICES = [(50, "50"), (100, "100"), (200, "200"), (500, "500")]
 DEFAULT_PER_PAGE = 100
+MAX_PAGE = 10_000
 _TAG_RE = re.compile(r"\A[\w.:/+\-@ ]{1,128}\Z")
 
 # A poll hands back a cursor a little behind the newest change it saw: a capture whose transaction

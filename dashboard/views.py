@@ -72,7 +72,8 @@ def grid_poll(request: HttpRequest) -> HttpResponse:
     """One request per page per interval: 204 if none of the page's tiles changed, else only those."""
     ctx = _grid_context(request)
     try:
-        page_number = max(int(request.GET.get("page", 1)), 1)
+        # Bounded: an absurd page number would overflow the database's OFFSET.
+        page_number = min(max(int(request.GET.get("page", 1)), 1), grid.MAX_PAGE)
     except ValueError:
         page_number = 1
     rows = grid.page_slice(ctx["query"], page_number, ctx["per_page"])

@@ -52,6 +52,9 @@ class Outcome:
     error: ecs.EcsError | None = None
 
     def __str__(self) -> str:
+        # What the task returns and Celery logs: the status and an error code, never the server's text.
+        if self.error is not None:
+            return f"{self.status}: {self.error.code}"
         return f"{self.status}: {self.detail}" if self.detail else self.status
 
 

@@ -212,9 +212,8 @@ def call(account: Account, region_id: str, action: str, params: dict[str, str]) 
                 http_status,
             )
         category, permanent = categorize(code, http_status)
-        return EcsError(
-            category, code, exc.get_error_msg() or "", exc.get_request_id() or "", http_status, permanent
-        )
+        message = _sanitize(exc.get_error_msg() or "", account)
+        return EcsError(category, code, message, exc.get_request_id() or "", http_status, permanent)
     except ClientException as exc:
         # SDK.HttpError: connection refused, reset, DNS, connect or read timeout.
         return EcsError(
@@ -240,6 +239,22 @@ def call(account: Account, region_id: str, action: str, params: dict[str, str]) 
             ErrorCategory.MALFORMED, "MalformedReply", "The server answered 200 with a non-object body."
         )
     return reply
+
+
+_STRING_TO_SIGN = re.compile(r"\s*(server\s+)?string\s*to\s*sign.*", re.IGNORECASE | re.DOTALL)
+
+
+def _sanitize(message: str, account: Account) -> str:
+    """Server messages go to tiles, the failure log and logs: keep the credentials out of them.
+
+    SignatureDoesNotMatch quotes the server's string-to-sign, which carries the AccessKeyId and the
+    STS token; any other echo of a credential is masked too.
+    """
+    message = _STRING_TO_SIGN.sub(" (string-to-sign withheld)", message)
+    for value in (account.access_key_secret, account.security_token, account.access_key_id):
+        if value and len(value) >= 4:
+            message = message.replace(value, "<redacted>")
+    return message[:2000]
 
 
 def _redact(message: str | None) -> str:

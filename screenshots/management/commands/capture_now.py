@@ -24,5 +24,7 @@ class Command(BaseCommand):
             raise CommandError(f"{instance!r} exists in several accounts; use the database id.")
         outcome = capture_instance(matches[0].pk, wake_up=wake_up or None, force=True)
         self.stdout.write(f"{matches[0].instance_id}: {outcome}")
+        if outcome.error is not None:
+            self.stdout.write(f"  {outcome.error.message} (request {outcome.error.request_id or '-'})")
         if outcome.status in ("failed", "skipped"):
             raise CommandError(f"no new capture ({outcome.status})", returncode=2)
