@@ -28,7 +28,7 @@ HISTORY_LIMIT = 200
 
 
 def _get_instance(pk: int) -> Instance:
-    return get_object_or_404(Instance.objects.select_related("account", "state", "state__latest_capture"), pk=pk)
+    return get_object_or_404(grid.tiles_queryset(), pk=pk)
 
 
 def _grid_context(request: HttpRequest) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from screenshots.models import (
 
 log = logging.getLogger(__name__)
 
-# Longer than the task's hard time limit (see tasks.py): a killed worker's lock expires by itself.
-LOCK_LEASE_SECONDS = 90
+# Longer than the task's hard time limit (30 s, see tasks.py): a killed worker's lock expires by itself.
+LOCK_LEASE_SECONDS = 35
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,13 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
 
     with coordination.instance_lock(instance.pk, LOCK_LEASE_SECONDS) as locked:
         if not locked:
-            return Outcome("skipped", "another capture of this instance is running")
+            # Usually a capture in flight, whose result will do. If its worker died, the lock outlives
+            # it until the lease ends: an operator's request waits for that rather than vanish.
+            # Checked again every few seconds (a live capture ends within a second or two).
+            wait = min(coordination.lock_remaining(instance.pk), 5.0) + 0.5
+            retry = force and coordination.try_once(f"manual-retry:{instance.pk}", wait)
+            return Outcome("skipped", "another capture of this instance is running",
+                           retry_in=wait if retry else None)
         if account.credentials_blocked():
             return Outcome("skipped", f"account credentials rejected ({account.credentials_error_code})")
         if account.has_credentials_error and not coordination.try_once(
@@ -92,6 +98,9 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
             # A scheduled capture comes back with the schedule. An operator's request is kept: tried
             # again once the 10 s are over, and requests that pile up meanwhile count as one.
             retry = force and coordination.try_once(f"manual-retry:{instance.pk}", wait + 1)
+            if not force:
+                InstanceState.objects.filter(pk=instance.pk).update(
+                    next_capture_at=timezone.now() + timedelta(seconds=wait))
             return Outcome("skipped", "called less than 10 s ago", retry_in=wait if retry else None)
 
         wake = instance.wake_up if wake_up is None else wake_up
@@ -269,5 +278,7 @@ def record_success(instance: Instance, image: DecodedImage, request_id: str) -> 
 
 
 def _jittered_interval(interval: int) -> timedelta:
-    # Up to 5% early or late, never below the floor: keeps a fleet from marching in lock-step.
-    return timedelta(seconds=max(MIN_CAPTURE_INTERVAL, interval * random.uniform(0.95, 1.05)))
+    # Up to 5% early or late, never below the floor (and the call slot's margin): keeps a fleet from
+    # marching in lock-step without ever being due before the 10 s rule lets it call.
+    floor = MIN_CAPTURE_INTERVAL + coordination.CALL_SLOT_MARGIN
+    return timedelta(seconds=max(floor, interval * random.uniform(0.95, 1.05)))

@@ -80,6 +80,10 @@ def instance_lock(instance_pk: int, lease_seconds: float) -> Iterator[bool]:
 CALL_SLOT_MARGIN = 0.5
 
 
+def lock_remaining(instance_pk: int) -> float:
+    return max(connection().pttl(key("capture-lock", instance_pk)), 0) / 1000
+
+
 def claim_call_slot(instance_pk: int, min_gap_seconds: float) -> float:
     """Reserve the right to call the API on this instance now.
 

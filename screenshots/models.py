@@ -158,6 +158,7 @@ class Instance(models.Model):
 
     class Meta:
         ordering = ["name", "instance_id"]
+        indexes = [models.Index(fields=["name", "instance_id"])]  # the grid's order
         permissions = [
             ("operate_instance", "Can capture and wake instances on demand"),
             ("manage_share_links", "Can create and revoke share links"),
@@ -210,7 +211,7 @@ class InstanceState(models.Model):
     latest_capture = models.ForeignKey(
         "Capture", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     error_category = models.CharField(max_length=20, choices=ErrorCategory.choices, blank=True)
     error_code = models.CharField(max_length=100, blank=True)

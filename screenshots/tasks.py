@@ -26,8 +26,9 @@ def enqueue_due_captures() -> int:
     ignore_result=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    soft_time_limit=45,
-    time_limit=60,
+    # The API call is bounded by its own timeouts (5 s connect, 15 s read); these bound the rest.
+    soft_time_limit=25,
+    time_limit=30,
     autoretry_for=(OperationalError,),
     retry_backoff=2,
     retry_jitter=True,

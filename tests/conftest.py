@@ -81,12 +81,14 @@ def redis_url() -> Iterator[str]:
 
 def point_celery_at(url: str) -> None:
     """Make this process's Celery producer publish to ``url`` (drops pooled connections to the old one)."""
+    import kombu.pools
+
     from dashboard.celery import app
 
     app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # kombu keeps producer pools per broker URL in a global registry; start from a clean one.
+    kombu.pools.reset()
+    app._pool = None
     app.amqp._producer_pool = None
 
 

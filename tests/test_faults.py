@@ -147,7 +147,7 @@ class RedisRestartTestCase:
         own_redis.start()  # empty: the queue and every lock are gone
 
         calls_before = len(simulator.control.screenshot_calls())
-        wait_for(lambda: len(simulator.control.screenshot_calls()) >= calls_before + 3, timeout=40,
+        wait_for(lambda: len(simulator.control.screenshot_calls()) >= calls_before + 3, timeout=60,
                  message="captures to resume after the restart")
         resumed_after = time.monotonic() - killed_at
         assert resumed_after < 2 * 10 + 15, resumed_after  # two intervals, plus the lease's slack
@@ -180,7 +180,8 @@ class WorkerKilledTestCase:
             child.send_signal(signal.SIGKILL)
         simulator.control.knobs(latency_ms=0)
 
-        capture = wait_for(lambda: Capture.objects.filter(instance=instance).first(), timeout=40,
+        # The dead worker's instance lock lasts its lease (35 s); the retried request waits it out.
+        capture = wait_for(lambda: Capture.objects.filter(instance=instance).first(), timeout=60,
                            message="the retried capture")
         time.sleep(2)
         assert Capture.objects.filter(instance=instance).count() == 1  # no duplicate row
