@@ -14,7 +14,8 @@ import pytest
 import redis as redis_lib
 from django.contrib.auth.models import Group, User
 from django.test import Client
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from screenshots.images import InvalidScreenshot, decode_screenshot
 from screenshots.models import Account, Capture, Instance
