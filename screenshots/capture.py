@@ -80,28 +80,9 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
             retry = force and coordination.try_once(f"manual-retry:{instance.pk}", wait)
             return Outcome("skipped", "another capture of this instance is running",
                            retry_in=wait if retry else None)
-        if account.credentials_blocked():
-            return Outcome("skipped", f"account credentials rejected ({account.credentials_error_code})")
-        if account.has_credentials_error and not coordination.try_once(
-            f"credentials-probe:{account.pk}", settings.RECHECK_CREDENTIALS_SECONDS
-        ):
-            # One instance probes whether the credentials work again; the others wait for its answer.
-            return Outcome("skipped", "another instance is re-checking the account's credentials")
-
-        wait = coordination.take_account_token(
-            account.pk, default_account_rate(account), settings.ECS_ACCOUNT_BURST
-        )
-        if wait:
-            return Outcome("skipped", "account rate limit", retry_in=wait + random.uniform(0, 0.25))
-        wait = coordination.claim_call_slot(instance.pk, MIN_CAPTURE_INTERVAL)
-        if wait:
-            # A scheduled capture comes back with the schedule. An operator's request is kept: tried
-            # again once the 10 s are over, and requests that pile up meanwhile count as one.
-            retry = force and coordination.try_once(f"manual-retry:{instance.pk}", wait + 1)
-            if not force:
-                InstanceState.objects.filter(pk=instance.pk).update(
-                    next_capture_at=timezone.now() + timedelta(seconds=wait))
-            return Outcome("skipped", "called less than 10 s ago", retry_in=wait if retry else None)
+        refusal = _refusal(instance, account, force)
+        if refusal is not None:
+            return refusal
 
         wake = instance.wake_up if wake_up is None else wake_up
         started = time.monotonic()
@@ -131,6 +112,34 @@ def capture_instance(instance_pk: int, *, wake_up: bool | None = None, force: bo
         outcome = record_success(instance, image, reply.request_id)
         log.info("capture %s %s in %.0f ms", instance.instance_id, outcome.status, elapsed_ms)
         return outcome
+
+
+def _refusal(instance: Instance, account: Account, force: bool) -> Outcome | None:
+    """Why no API call may be made now (credentials, the account's rate, the 10 s rule), or None."""
+    if account.credentials_blocked():
+        return Outcome("skipped", f"account credentials rejected ({account.credentials_error_code})")
+    if account.has_credentials_error and not coordination.try_once(
+        f"credentials-probe:{account.pk}", settings.RECHECK_CREDENTIALS_SECONDS
+    ):
+        # One instance probes whether the credentials work again; the others wait for its answer.
+        return Outcome("skipped", "another instance is re-checking the account's credentials")
+
+    wait = coordination.take_account_token(
+        account.pk, default_account_rate(account), settings.ECS_ACCOUNT_BURST
+    )
+    if wait:
+        return Outcome("skipped", "account rate limit", retry_in=wait + random.uniform(0, 0.25))
+    wait = coordination.claim_call_slot(instance.pk, MIN_CAPTURE_INTERVAL)
+    if wait:
+        # A scheduled capture comes back with the schedule. An operator's request is kept: tried
+        # again once the 10 s are over, and requests that pile up meanwhile count as one.
+        retry = force and coordination.try_once(f"manual-retry:{instance.pk}", wait + 1)
+        if not force:
+            InstanceState.objects.filter(pk=instance.pk).update(
+                next_capture_at=timezone.now() + timedelta(seconds=wait))
+        return Outcome("skipped", "called less than 10 s ago", retry_in=wait if retry else None)
+
+    return None
 
 
 def _jittered(seconds: float) -> timedelta:
