@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage, storages
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -95,8 +95,10 @@ def _prune_failures(instance: Instance) -> int:
 
 def sweep_orphans(grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
     """Remove files under captures/ and thumbs/ that no row references, and leftover temp files."""
-    if not hasattr(default_storage, "path"):
-        return 0  # object storage: listing a bucket is costly; rows are deleted with their files
+    if not isinstance(storages["default"], FileSystemStorage):
+        # Object storage: files are written whole or not at all and deleted with their rows; listing a
+        # bucket to look for strays is left to the bucket's own lifecycle rules.
+        return 0
     referenced = set()
     for image, thumb in Capture.objects.values_list("image", "thumbnail").iterator(chunk_size=2000):
         referenced.add(image)
