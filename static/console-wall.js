@@ -26,6 +26,10 @@
         el.title = el.getAttribute("datetime");
       }
     }
+    for (const el of root.querySelectorAll("time.local-time[datetime]")) {
+      const date = new Date(el.getAttribute("datetime"));
+      if (!Number.isNaN(date.getTime())) el.textContent = date.toLocaleTimeString([], { hourCycle: "h23" });
+    }
   }
 
   function tick() {
