@@ -200,7 +200,10 @@ def share_poll(request: HttpRequest, link: ShareLink, token: str) -> HttpRespons
 def share_capture(request: HttpRequest, link: ShareLink, token: str, pk: str, sha256: str,
                   variant: str) -> HttpResponse:
     capture = get_object_or_404(Capture, pk=pk, sha256=sha256, instance__in=link.scope().values("pk"))
-    return serve_capture(request, capture, variant)
+    response = serve_capture(request, capture, variant)
+    # Not the staff images' year of immutable caching: a revoked link must stop showing them at once.
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 # --- Managing share links (operators) ------------------------------------------------------------

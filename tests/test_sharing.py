@@ -95,7 +95,9 @@ class ShareLinkTestCase:
         token = make_link(instances=[fleet[1]])
         other = InstanceState.objects.get(pk=fleet[2].pk).latest_capture
         mine = InstanceState.objects.get(pk=fleet[1].pk).latest_capture
-        assert client.get(f"/s/{token}/captures/{mine.pk}/{mine.sha256}/thumb").status_code == 200
+        response = client.get(f"/s/{token}/captures/{mine.pk}/{mine.sha256}/thumb")
+        assert response.status_code == 200
+        assert response["Cache-Control"] == "no-store"  # revocation must not leave them in browser caches
         assert client.get(f"/s/{token}/captures/{other.pk}/{other.sha256}/thumb").status_code == 404
         assert client.get(f"/s/{token}/captures/{other.pk}/{other.sha256}/full").status_code == 404
         # Staff pages and the staff image URLs still want a login.
