@@ -358,14 +358,16 @@ def report(args: argparse.Namespace, results: Results, started_at: str, load: st
     out.append("")
     out.append(f"Diagnostic: the poll's tile query for a whole page ({TILES} rows, as when every tile changed) takes "
                f"{as_is:.2f} ms; with the accounts' encrypted secrets deferred it takes {deferred:.2f} ms "
-               f"({as_is / deferred:.2f}x): each row's account decrypts its AccessKey secret, which no page shows.")
+               f"({as_is / deferred:.2f}x). Near 1x means the app's own query already leaves the secrets "
+               f"undecrypted (dashboard/grid.py, tiles_queryset); above 1x, each row decrypts a secret no page shows.")
     if results.small_fleet and results.big_fleet:
         small, big = median(results.small_fleet.times_ms), median(results.big_fleet.times_ms)
         out.append("")
         out.append(f"Scaling check: with {results.big_fleet_size:,} instances in the database, the idle poll's "
                    f"database work for a page of {TILES} takes {big:.2f} ms over the whole fleet against "
-                   f"{small:.2f} ms over an account of {TILES} ({big / small:.1f}x): the page's rows are picked by "
-                   f"sorting the whole filtered fleet by name on every poll (dashboard/grid.py, page_slice).")
+                   f"{small:.2f} ms over an account of {TILES} ({big / small:.1f}x): the page's rows are the filtered "
+                   f"fleet in name order (dashboard/grid.py, page_slice), which an index on (name, instance_id) "
+                   f"serves without sorting the whole fleet.")
         if len(results.newest_success_ms) == 2:
             small_ms, big_ms = results.newest_success_ms
             out.append(f"The page-wide `newest_success()` aggregate, which every non-empty poll and every page "
