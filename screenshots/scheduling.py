@@ -41,7 +41,3 @@ def claim_due_instances(limit: int = 1000) -> list[int]:
         if InstanceState.objects.filter(pk=pk, next_capture_at=seen).update(next_capture_at=now + lease):
             claimed.append(pk)
     return claimed
-
-
-def make_due_now(instance_pk: int) -> None:
-    InstanceState.objects.filter(pk=instance_pk).update(next_capture_at=timezone.now())
